@@ -1,0 +1,178 @@
+"""The long-running mirror: dump, follow events, reconcile, serve XDP.
+
+``Daemon.start()`` opens the pinned maps (reusing an existing pin), joins
+the event groups, runs the first dump with its sweep and attaches the
+XDP forward stage. ``Daemon.run()`` follows events until a stop is
+requested. ``Daemon.stop()`` detaches what it attached, unless told to
+keep the fast path in place, and always leaves the map pinned.
+"""
+
+import json
+import logging
+import os
+import threading
+import time
+
+from . import netns
+from .bpfmap import PinnedMaps
+from .errors import NeighbpfError, UsageError
+from .kernel import DEFAULT_EVENT_RCVBUF, KernelSource
+from .mirror import Mirror
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PIN_DIR = "/sys/fs/bpf/neighbpf"
+STATS_DIR = "/run/neighbpf/stats"
+STATS_INTERVAL_S = 1.0
+
+
+def stats_path(pin_dir):
+    """Return the file where the daemon serving ``pin_dir`` writes counters."""
+    name = os.path.abspath(pin_dir).strip("/").replace("/", "_")
+    return os.path.join(STATS_DIR, name + ".json")
+
+
+class Daemon:
+    """Mirror one namespace into the maps pinned at ``pin_dir``.
+
+    ``iface_names`` limits the mirror, and names the interfaces that get
+    the XDP forward stage; without it every interface is mirrored and no
+    XDP program is attached, so that nothing is attached to an interface
+    the operator did not name.
+    """
+
+    def __init__(self, netns_name=None, iface_names=None, pin_dir=DEFAULT_PIN_DIR, xdp=True,
+                 xdp_mode="auto", max_entries=None, rcvbuf_bytes=DEFAULT_EVENT_RCVBUF,
+                 reconcile_interval_s=30.0, keep_xdp=False):
+        self.netns_name = netns_name
+        self.iface_names = list(iface_names) if iface_names else None
+        self.pin_dir = pin_dir
+        self.xdp = xdp
+        self.xdp_mode = xdp_mode
+        self.max_entries = max_entries
+        self.rcvbuf_bytes = rcvbuf_bytes
+        self.reconcile_interval_s = reconcile_interval_s
+        self.keep_xdp = keep_xdp
+        self.maps = None
+        self.mirror = None
+        self.stage = None
+        self.xdp_modes = {}
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+        self._stats_path = stats_path(pin_dir)
+
+    def start(self):
+        """Open maps and sockets, run the first dump, attach XDP."""
+        log.info("starting: netns=%s interfaces=%s pin_dir=%s xdp=%s",
+                 self.netns_name or "(own)", ",".join(self.iface_names or ["(all)"]),
+                 self.pin_dir, self.xdp_mode if self.xdp and self.iface_names else "off")
+        if self.netns_name is not None:
+            netns.netns_path(self.netns_name)
+        try:
+            self.maps = PinnedMaps.open(self.pin_dir, create=True, max_entries=self.max_entries)
+            source = KernelSource(self.netns_name, rcvbuf_bytes=self.rcvbuf_bytes)
+            self.mirror = Mirror(self.maps, source, iface_names=self.iface_names)
+            self.mirror.full_resync("start")
+            missing = self.mirror.missing_ifaces()
+            if missing:
+                where = f"namespace {self.netns_name!r}" if self.netns_name else "this namespace"
+                raise UsageError(f"interface {missing[0]!r} not found in {where}; check 'ip link show'")
+            if self.xdp and self.iface_names:
+                self._attach_xdp()
+            elif self.xdp:
+                log.info("XDP forward stage not attached: name the interfaces with --iface")
+        except BaseException:
+            self.stop()
+            raise
+        log.info("started: %d neighbors mirrored, event socket buffer %d bytes",
+                 len(self.mirror.table), self.mirror.source.rcvbuf_bytes)
+        self.ready.set()
+
+    def _attach_xdp(self):
+        from .xdp import ForwardStage
+
+        self.stage = ForwardStage(self.pin_dir)
+        with netns.entered(self.netns_name):
+            for name in self.iface_names:
+                self.xdp_modes[name] = self.stage.attach(name, self.xdp_mode)
+                log.info("XDP forward stage attached to %s in %s mode", name, self.xdp_modes[name])
+
+    def run(self):
+        """Follow events until ``stop_event`` is set."""
+        next_reconcile = time.monotonic() + self.reconcile_interval_s
+        next_stats = 0.0
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            timeout_s = min(next_reconcile - now, 0.2)
+            try:
+                if self.mirror.source.wait(timeout_s):
+                    self.mirror.poll()
+                now = time.monotonic()
+                if now >= next_reconcile:
+                    self.mirror.reconcile()
+                    next_reconcile = now + self.reconcile_interval_s
+            except NeighbpfError as exc:
+                self.mirror.counters["loop_errors"] += 1
+                log.error("event loop error, resyncing: %s", exc)
+                self._resync_after_error()
+            if now >= next_stats:
+                self.write_stats()
+                next_stats = now + STATS_INTERVAL_S
+
+    def _resync_after_error(self):
+        try:
+            self.mirror.full_resync("error")
+        except NeighbpfError as exc:
+            log.error("resync after error failed, retrying in 1 s: %s", exc)
+            self.stop_event.wait(1.0)
+
+    def stats(self):
+        """Return the daemon's counters as a JSON-ready dict."""
+        counters = dict(self.mirror.counters) if self.mirror else {}
+        if self.mirror:
+            counters.update({f"table_{k}": v for k, v in self.mirror.table.counters.items()})
+            counters.update({f"netlink_{k}": v for k, v in self.mirror.source.counters.items()})
+        return {
+            "pid": os.getpid(),
+            "netns": self.netns_name,
+            "pin_dir": self.pin_dir,
+            "entries": len(self.mirror.table) if self.mirror else 0,
+            "xdp_modes": self.xdp_modes,
+            "updated": time.time(),
+            "counters": counters,
+        }
+
+    def write_stats(self):
+        """Write ``stats()`` atomically where ``neighbpf stats`` reads it."""
+        try:
+            os.makedirs(STATS_DIR, mode=0o755, exist_ok=True)
+            tmp = self._stats_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.stats(), f)
+            os.replace(tmp, self._stats_path)
+        except OSError as exc:
+            log.warning("writing counters to %s failed: %s", self._stats_path, exc)
+
+    def stop(self):
+        """Detach XDP (unless keep_xdp), close sockets and maps."""
+        self.stop_event.set()
+        if self.stage is not None:
+            if self.keep_xdp:
+                log.info("leaving the XDP forward stage attached to %s", ",".join(self.stage.attached))
+            else:
+                with netns.entered(self.netns_name):
+                    for name in list(self.stage.attached):
+                        try:
+                            self.stage.detach(name)
+                        except NeighbpfError as exc:
+                            log.error("detaching XDP from %s failed: %s", name, exc)
+            self.stage = None
+        if self.mirror is not None:
+            self.mirror.close()
+        if self.maps is not None:
+            self.maps.close()
+        try:
+            os.unlink(self._stats_path)
+        except FileNotFoundError:
+            pass
+        log.info("stopped")
