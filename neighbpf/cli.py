@@ -107,6 +107,8 @@ def build_parser():
                       help="addresses the lab's server owns (default: 200, at most 500)")
     demo.add_argument("--packets", type=_positive_int, default=5, metavar="N",
                       help="packets the client sends to each address (default: 5, at least 2)")
+    demo.add_argument("--xdp-mode", choices=["native", "generic"],
+                      help="XDP attach mode on the lab's router (default: native where it works, else generic)")
     return parser
 
 
@@ -197,7 +199,7 @@ def _cmd_stats(args):
 def _cmd_demo(args):
     from .lab import run_demo
 
-    summary = run_demo(addresses=args.addresses, packets=args.packets)
+    summary = run_demo(addresses=args.addresses, packets=args.packets, xdp_mode=args.xdp_mode or "auto")
     if args.json:
         print(json.dumps({key: summary[key] for key in
                           ("entries", "xdp_hits", "xdp_misses", "map_matches_kernel", "xdp_mode")}))
