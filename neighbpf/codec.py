@@ -360,7 +360,7 @@ def decode_neigh(buf, offset, length, nlmsg_type, nlmsg_flags, seq, portid):
     ``_walk_attrs``), NDA_DST of an AF_INET record is not 4 bytes
     (``dst_len``) or NDA_FLAGS_EXT is not 4 bytes (``flags_ext_len``).
     """
-    if length < _NDMSG_LEN or offset + length > len(buf):
+    if length < _NDMSG_LEN or offset < 0 or offset + length > len(buf):
         raise DecodeError("header_truncated", f"ndmsg needs {_NDMSG_LEN} bytes, message has {length}")
     family, ifindex, state, flags, ndm_type = _NDMSG.unpack_from(buf, offset)
 
@@ -403,7 +403,7 @@ def decode_link(buf, offset, length, nlmsg_type, nlmsg_flags, seq, portid):
     Same conventions as :func:`decode_neigh`. Reads IFLA_IFNAME and
     IFLA_ADDRESS and skips the other attributes. Raises DecodeError only.
     """
-    if length < _IFINFOMSG_LEN or offset + length > len(buf):
+    if length < _IFINFOMSG_LEN or offset < 0 or offset + length > len(buf):
         raise DecodeError("header_truncated", f"ifinfomsg needs {_IFINFOMSG_LEN} bytes, message has {length}")
     _family, _ifi_type, ifindex, ifi_flags, ifi_change = _IFINFOMSG.unpack_from(buf, offset)
     ifname = None
@@ -423,7 +423,7 @@ def decode_addr(buf, offset, length, nlmsg_type, nlmsg_flags, seq, portid):
     present, because on point-to-point links IFA_ADDRESS is the peer, and
     IFA_ADDRESS otherwise. Raises DecodeError only.
     """
-    if length < _IFADDRMSG_LEN or offset + length > len(buf):
+    if length < _IFADDRMSG_LEN or offset < 0 or offset + length > len(buf):
         raise DecodeError("header_truncated", f"ifaddrmsg needs {_IFADDRMSG_LEN} bytes, message has {length}")
     family, prefixlen, _ifa_flags, _scope, ifindex = _IFADDRMSG.unpack_from(buf, offset)
     local = None
