@@ -21,10 +21,10 @@ from .mirror import Mirror
 from .table import NeighborTable
 
 
-def require_root(what):
+def require_root(command):
     """Raise UsageError unless the process runs as root."""
     if os.geteuid() != 0:
-        raise UsageError(f"{what} needs root (BPF maps, XDP and netlink); retry with sudo")
+        raise UsageError(f"{command} needs root (BPF maps, XDP and netlink); retry with sudo")
 
 
 def sync_once(netns_name=None, pin_dir=DEFAULT_PIN_DIR, iface_names=None, max_entries=None):

@@ -3,8 +3,8 @@
 ``Daemon.start()`` opens the pinned maps (reusing an existing pin), joins
 the event groups, runs the first dump with its sweep and attaches the
 XDP forward stage. ``Daemon.run()`` follows events until a stop is
-requested. ``Daemon.stop()`` detaches what it attached, unless told to
-keep the fast path in place, and always leaves the map pinned.
+requested. ``Daemon.stop()`` detaches what it attached, unless ``keep_xdp``
+keeps the fast path in place, and always leaves the map pinned.
 """
 
 import json
@@ -35,10 +35,10 @@ def stats_path(pin_dir):
 class Daemon:
     """Mirror one namespace into the maps pinned at ``pin_dir``.
 
-    ``iface_names`` limits the mirror, and names the interfaces that get
-    the XDP forward stage; without it every interface is mirrored and no
-    XDP program is attached, so that nothing is attached to an interface
-    the operator did not name.
+    ``iface_names`` limits the mirror and names the interfaces that get
+    the XDP forward stage. Without it every interface is mirrored and no
+    XDP program is attached, because XDP goes only on interfaces that the
+    operator named.
     """
 
     def __init__(self, netns_name=None, iface_names=None, pin_dir=DEFAULT_PIN_DIR, xdp=True,

@@ -33,7 +33,7 @@ class DecodeError(NeighbpfError):
 
 
 class NetlinkError(NeighbpfError):
-    """The kernel answered a request with NLMSG_ERROR.
+    """The kernel replied to a request with NLMSG_ERROR.
 
     ``errno`` is the positive errno value; ``extack`` is the kernel's
     extended-ack message, or an empty string when it sent none.

@@ -101,8 +101,8 @@ class KernelSource:
         self._seq = (self._seq + 1) & 0x7FFFFFFF
         return self._seq
 
-    def _dump_once(self, request, seq, what):
-        """Send one dump request and read its answer to NLMSG_DONE.
+    def _dump_once(self, request, seq, kind):
+        """Send one dump request and read the reply up to NLMSG_DONE.
 
         Returns ``(messages, interrupted)``. Always reads to the end, so
         the socket is never left in the middle of a dump.
@@ -114,7 +114,7 @@ class KernelSource:
             try:
                 data, (sender, _groups) = self.requests.recvfrom(RECV_BUFSIZE)
             except socket.timeout as exc:
-                raise NetlinkError(errno.ETIMEDOUT, "", f"{what} dump got no answer in {DUMP_TIMEOUT_S:.0f} s") from exc
+                raise NetlinkError(errno.ETIMEDOUT, "", f"{kind} dump timed out after {DUMP_TIMEOUT_S:.0f} s with no reply") from exc
             if sender != 0:
                 self._drop_untrusted(sender)
                 continue
@@ -126,28 +126,28 @@ class KernelSource:
                     interrupted = True
                 if isinstance(msg, codec.ErrorMessage):
                     if msg.error:
-                        raise NetlinkError(msg.error, msg.extack, f"{what} dump")
+                        raise NetlinkError(msg.error, msg.extack, f"{kind} dump")
                     continue
                 if isinstance(msg, codec.DoneMessage):
                     if msg.error:
-                        raise NetlinkError(msg.error, msg.extack, f"{what} dump")
+                        raise NetlinkError(msg.error, msg.extack, f"{kind} dump")
                     return messages, interrupted
                 messages.append(msg)
 
-    def _dump(self, make_request, what):
+    def _dump(self, make_request, kind):
         delay_s = 0.01
         for attempt in range(self.dump_retries + 1):
             seq = self._next_seq()
-            messages, interrupted = self._dump_once(make_request(seq), seq, what)
+            messages, interrupted = self._dump_once(make_request(seq), seq, kind)
             if not interrupted:
                 return messages
             self.counters["dump_retries"] += 1
             log.warning("%s dump interrupted by concurrent changes (NLM_F_DUMP_INTR), attempt %d of %d",
-                        what, attempt + 1, self.dump_retries + 1)
+                        kind, attempt + 1, self.dump_retries + 1)
             time.sleep(delay_s)
             delay_s = min(delay_s * 2, 1.0)
         raise DumpInterruptedError(
-            f"{what} dump was interrupted {self.dump_retries + 1} times in a row; the table keeps changing too fast")
+            f"{kind} dump was interrupted {self.dump_retries + 1} times in a row; the table keeps changing too fast")
 
     def dump_neighbors(self, ifindex=0):
         """Return every AF_INET NeighMessage of the namespace.

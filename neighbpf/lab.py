@@ -118,11 +118,11 @@ class Lab:
             f.write("1\n")
         # A native-mode XDP_REDIRECT into a veth is delivered only when the
         # peer's receive side runs NAPI, which GRO (or an XDP program) turns
-        # on. And a veth hands the peer packets whose checksum the sender
-        # left to "hardware" (CHECKSUM_PARTIAL); native XDP turns them into
-        # raw frames without that note, so the server would drop them as
-        # bad UDP checksums. Turning TX checksum offload off makes the end
-        # hosts send complete checksums, as frames on a real wire have.
+        # on. A veth also hands its peer packets with the checksum left to
+        # "hardware" (CHECKSUM_PARTIAL). Native XDP turns them into raw
+        # frames without that mark, so the server would drop them as bad UDP
+        # checksums. With TX checksum offload off, the end hosts send
+        # complete checksums, as frames on a real wire have.
         for name, dev in ((CLIENT_NS, "nbl-c0"), (SERVER_NS, "nbl-s0")):
             if not _ethtool(name, "-K", dev, "gro", "on", "tx", "off"):
                 log.warning("could not set GRO on and TX checksum offload off on %s in %s; "
@@ -140,7 +140,7 @@ class Lab:
 
 
 def read_snmp_counter(netns_name, group, field):
-    """Return one counter of /proc/net/snmp as the namespace sees it."""
+    """Return one counter of /proc/net/snmp inside ``netns_name``."""
     with netns.entered(netns_name), open("/proc/thread-self/net/snmp") as f:
         lines = [line.split() for line in f if line.startswith(group + ":")]
     header, values = lines[0], lines[1]

@@ -1,12 +1,17 @@
 """Keep the pinned BPF maps equal to the kernel: dumps, events, sweeps.
 
 ``Mirror`` joins a KernelSource, the authoritative NeighborTable and the
-PinnedMaps. It implements the sync protocol: events are joined before the
-first dump; a complete dump is applied, then the events that queued
-meanwhile; every complete dump ends with a sweep; an overrun means a new
-dump; a deleted link is purged; a carrier or MAC change triggers a dump
-filtered to that interface. It also mirrors each interface's connected
-IPv4 prefixes and MAC address, which the XDP forward stage needs.
+PinnedMaps, and implements the sync protocol:
+
+- the event groups are joined before the first dump;
+- a complete dump is applied, then the events that queued meanwhile;
+- every complete dump ends with a sweep;
+- an overrun (events lost) leads to a new dump;
+- a deleted link is purged;
+- a carrier or MAC change triggers a dump filtered to that interface.
+
+It also mirrors each interface's connected IPv4 prefixes and MAC address,
+which the XDP forward stage needs.
 """
 
 import collections
@@ -56,9 +61,9 @@ def _ip4_key(addr_bytes):
 class Mirror:
     """Mirror one namespace's IPv4 neighbors into pinned maps.
 
-    ``iface_names`` limits the mirror to those interfaces (followed by
-    name, so an interface that is deleted and created again is picked up
-    under its new ifindex); ``None`` mirrors every interface.
+    ``iface_names`` limits the mirror to those interfaces, and ``None``
+    mirrors every interface. Interfaces are followed by name, so one that
+    is deleted and created again is mirrored under its new ifindex.
     """
 
     def __init__(self, maps, source=None, netns_name=None, iface_names=None):
@@ -259,9 +264,12 @@ class Mirror:
                      old.name if old else "?", purged)
             self._write_routes_and_ifaces()
             return
-        new = LinkInfo(msg.ifname or (old.name if old else ""),
-                       msg.address if msg.address is not None else (old.lladdr if old else b""),
-                       msg.ifi_flags)
+        name = msg.ifname
+        lladdr = msg.address
+        if old is not None:
+            name = name or old.name
+            lladdr = old.lladdr if lladdr is None else lladdr
+        new = LinkInfo(name or "", lladdr or b"", msg.ifi_flags)
         self.links[ifindex] = new
         was_mirrored = self.table.ifindexes is None or ifindex in self.table.ifindexes
         self.table.set_ifindexes(self._mirrored_ifindexes())

@@ -34,12 +34,12 @@ def netns_path(name):
     return path
 
 
-def _setns(fd, what):
+def _setns(fd, description):
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         if err == errno.EPERM:
-            raise UsageError(f"entering network namespace {what} is not permitted; run as root")
-        raise OSError(err, f"setns({what}): {os.strerror(err)}")
+            raise UsageError(f"entering network namespace {description} is not permitted; run as root")
+        raise OSError(err, f"setns({description}): {os.strerror(err)}")
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ import time
 class RateLimitedLog:
     """Log at most one message per ``interval_s``; count the rest.
 
-    The next message that gets through says how many were suppressed.
+    The next message that is logged reports how many were suppressed.
     """
 
     def __init__(self, logger, interval_s=10.0, clock=time.monotonic):
