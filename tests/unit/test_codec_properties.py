@@ -19,7 +19,8 @@ NEIGH_TYPES = (codec.RTM_NEWNEIGH, codec.RTM_DELNEIGH, codec.RTM_GETNEIGH)
 U32 = st.integers(min_value=0, max_value=2**32 - 1)
 MESSAGE_TYPES = (codec.RTM_NEWNEIGH, codec.RTM_DELNEIGH, codec.RTM_GETNEIGH)
 # Attribute types that the codec does not read, with values of any size,
-# as newer kernels may add. NDA_FDB_EXT_ATTRS is nested.
+# as newer kernels may add. NDA_FDB_EXT_ATTRS is nested in the kernel but
+# skipped unread here.
 SKIPPED_ATTR_TYPES = st.sampled_from(
     [codec.NDA_PROBES, codec.NDA_VLAN, codec.NDA_MASTER, codec.NDA_PROTOCOL, codec.NDA_FDB_EXT_ATTRS, 18, 42, 0x3FFF]
 )
@@ -65,7 +66,7 @@ def neighbor_messages(draw):
 
 @st.composite
 def datagrams(draw):
-    """Return a valid datagram of 1 to 4 neighbor messages, usually followed by NLMSG_DONE."""
+    """Return a valid datagram of 1 to 4 neighbor messages, with or without NLMSG_DONE."""
     generated = draw(st.lists(neighbor_messages(), min_size=1, max_size=4))
     datagram = b"".join(message_bytes for message_bytes, _ in generated)
     if draw(st.booleans()):
