@@ -81,8 +81,10 @@ struct neighbpf_route_value {
 };
 
 /*
- * ifaces: BPF_MAP_TYPE_HASH, ifindex -> the interface's own MAC, used as
- * the source MAC of redirected frames.
+ * ifaces: BPF_MAP_TYPE_HASH, ifindex -> the interface's own MAC. The
+ * forward stage handles only frames sent to the ingress interface's MAC
+ * and uses the egress interface's MAC as the new source MAC, so every
+ * interface the stage is attached to, or forwards to, needs an entry.
  *
  * Sizing: NEIGHBPF_IFACES_MAX_ENTRIES interfaces. When full, an insert
  * fails with E2BIG. A packet towards an interface that is missing here is

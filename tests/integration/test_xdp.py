@@ -108,12 +108,14 @@ def open_receiver(server):
     return call_in_netns(server, create)
 
 
-def send_datagrams(client, destination, count, ttl=SEND_TTL):
+def send_datagrams(client, destination, count, ttl=SEND_TTL, ip_options=b""):
     def create():
         return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock = call_in_netns(client, create)
     with sock:
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+        if ip_options:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, ip_options)
         for sequence in range(count):
             sock.sendto(struct.pack("!I", sequence), (destination, PORT))
 
@@ -201,6 +203,40 @@ def test_forward_miss_passes_to_kernel(forwarding):
     assert len(ttls) == PACKETS
     assert set(ttls) == {SEND_TTL - 1}
     assert stats_after["misses"] - stats_before["misses"] == PACKETS
+    assert stats_after["hits"] == stats_before["hits"]
+    assert forwarded_after - forwarded_before == PACKETS
+
+
+def test_forward_invalid_state_is_miss(forwarding):
+    maps, router = forwarding["maps"], forwarding["router"]
+    links = {link["ifname"]: link for link in ip_json("link", "show", netns_name=router)}
+    # An INCOMPLETE entry carries no usable MAC: the program must not use it.
+    key = (links["r1"]["ifindex"], socket.inet_aton(SERVER_ADDR_MISS))
+    assert maps.neigh.update_batch([(key, (b"\x02\x00\x00\x00\x00\x99", NUD_BY_NAME["INCOMPLETE"], 0))]).failed == []
+    stats_before, forwarded_before = counters(maps, router)
+
+    send_datagrams(forwarding["client"], SERVER_ADDR_MISS, PACKETS)
+    ttls = receive_ttls(forwarding["receiver"], PACKETS)
+
+    stats_after, forwarded_after = counters(maps, router)
+    assert len(ttls) == PACKETS
+    assert stats_after["misses"] - stats_before["misses"] == PACKETS
+    assert stats_after["hits"] == stats_before["hits"]
+    assert forwarded_after - forwarded_before == PACKETS
+
+
+def test_forward_ip_options_pass(forwarding):
+    maps, router = forwarding["maps"], forwarding["router"]
+    stats_before, forwarded_before = counters(maps, router)
+
+    # NOP, NOP, NOP, end of list: IHL 6, which the program leaves to the kernel.
+    send_datagrams(forwarding["client"], SERVER_ADDR, PACKETS, ip_options=b"\x01\x01\x01\x00")
+    ttls = receive_ttls(forwarding["receiver"], PACKETS)
+
+    stats_after, forwarded_after = counters(maps, router)
+    assert len(ttls) == PACKETS
+    assert set(ttls) == {SEND_TTL - 1}
+    assert stats_after["passes"] - stats_before["passes"] >= PACKETS
     assert stats_after["hits"] == stats_before["hits"]
     assert forwarded_after - forwarded_before == PACKETS
 
