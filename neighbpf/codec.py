@@ -439,9 +439,18 @@ def decode_addr(buf, offset, length, nlmsg_type, nlmsg_flags, seq, portid):
 
 
 def _decode_extack(buf, offset, end):
-    for nla_type, start, stop in _walk_attrs(buf, offset, end):
-        if nla_type == NLMSGERR_ATTR_MSG:
-            return _decode_string(buf, start, stop)
+    """Return the NLMSGERR_ATTR_MSG text in buf[offset:end], or "" when absent or malformed.
+
+    Malformed extended-ack attributes do not drop the message that carries
+    them, because the errno of an NLMSG_ERROR or NLMSG_DONE matters more
+    than its text, and a dump reader waits for that message.
+    """
+    try:
+        for nla_type, start, stop in _walk_attrs(buf, offset, end):
+            if nla_type == NLMSGERR_ATTR_MSG:
+                return _decode_string(buf, start, stop)
+    except DecodeError:
+        return ""
     return ""
 
 
@@ -461,11 +470,9 @@ def _decode_error(buf, offset, length, nlmsg_flags, seq, portid):
             request_len = _NLMSGHDR_LEN
         else:
             request_len = _nlmsg_align(_U32.unpack_from(buf, offset + 4)[0])
-        tlv_offset = offset + 4 + request_len
-        end = offset + length
-        if tlv_offset > end:
-            raise DecodeError("header_truncated", f"echoed request of {request_len} bytes runs past the message")
-        extack = _decode_extack(buf, tlv_offset, end)
+        # An echoed request that runs past the message leaves an empty
+        # range, so the extack is "".
+        extack = _decode_extack(buf, offset + 4 + request_len, offset + length)
     return ErrorMessage(nlmsg_flags, seq, portid, -error, extack)
 
 

@@ -223,6 +223,35 @@ CASES = [
         {},
     ),
     (
+        "error with malformed extack",
+        # An NLMSGERR_ATTR_MSG attribute with nla_len 2.
+        nlmsg(
+            codec.NLMSG_ERROR,
+            struct.pack("=i", -errno.EINVAL) + NEIGH_REQUEST + struct.pack("=HH", 2, codec.NLMSGERR_ATTR_MSG),
+            flags=codec.NLM_F_ACK_TLVS,
+            seq=9,
+        ),
+        [codec.ErrorMessage(codec.NLM_F_ACK_TLVS, 9, 0, errno.EINVAL, "")],
+        {},
+    ),
+    (
+        "error with echoed request past message",
+        nlmsg(
+            codec.NLMSG_ERROR,
+            struct.pack("=i", -errno.EINVAL) + struct.pack("=IHHII", 4000, codec.RTM_NEWNEIGH, 5, 9, 0),
+            flags=codec.NLM_F_ACK_TLVS,
+            seq=9,
+        ),
+        [codec.ErrorMessage(codec.NLM_F_ACK_TLVS, 9, 0, errno.EINVAL, "")],
+        {},
+    ),
+    (
+        "truncated error",
+        nlmsg(codec.NLMSG_ERROR, struct.pack("=i", -errno.EINVAL), seq=9) + neigh(),
+        [expected_neigh()],
+        {"malformed_header_truncated": 1},
+    ),
+    (
         "ack",
         error(0, NEIGH_REQUEST, seq=9, capped=True),
         [codec.ErrorMessage(codec.NLM_F_CAPPED, 9, 0, 0, "")],
@@ -232,6 +261,12 @@ CASES = [
         "done with negative error",
         done(error=-errno.EBUSY, seq=4),
         [codec.DoneMessage(codec.NLM_F_MULTI, 4, 0, errno.EBUSY, "")],
+        {},
+    ),
+    (
+        "done without errno",
+        nlmsg(codec.NLMSG_DONE, b"", flags=codec.NLM_F_MULTI, seq=4),
+        [codec.DoneMessage(codec.NLM_F_MULTI, 4, 0, 0, "")],
         {},
     ),
     (
