@@ -15,6 +15,7 @@ which the XDP forward stage needs.
 """
 
 import collections
+import errno
 import ipaddress
 import logging
 import time
@@ -22,7 +23,6 @@ from typing import NamedTuple
 
 from . import codec
 from .kernel import KernelSource, Overrun
-from .ratelimit import RateLimitedLog
 from .table import NeighborTable
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,6 @@ class Mirror:
         self.links = {}
         self.addresses = {}
         self.counters = collections.Counter()
-        self._map_full_log = RateLimitedLog(log, interval_s=10.0)
-        self._map_error_log = RateLimitedLog(log, interval_s=10.0)
 
     def close(self):
         self.source.close()
@@ -190,12 +188,10 @@ class Mirror:
         return len(pending)
 
     def _count_failures(self, failed):
-        for (ifindex, dst), err in failed:
-            self.counters["map_full" if err in (7, 28) else "map_errors"] += 1
-            line = self._map_full_log if err in (7, 28) else self._map_error_log
-            line.warning("neighbor map update failed for %s on ifindex %d: errno %d "
-                         "(raise the map size with --max-entries)",
-                         _ip4_key(dst), ifindex, err)
+        # NeighMap.update_batch() already logs the failures of each batch,
+        # rate-limited, with the way to grow the map; here they are counted.
+        for _key, err in failed:
+            self.counters["map_full" if err in (errno.E2BIG, errno.ENOSPC) else "map_errors"] += 1
 
     def _queue_map_differences(self):
         """Queue map writes for every key where map and table differ.
