@@ -74,6 +74,9 @@ class Mirror:
         self.links = {}
         self.addresses = {}
         self.counters = collections.Counter()
+        # Table keys that the map rejected at their last write (a full map):
+        # still retried, but not drift that a reconcile repairs.
+        self.unmirrored = set()
 
     def close(self):
         self.source.close()
@@ -185,6 +188,10 @@ class Mirror:
             result = self.maps.neigh.update_batch(upserts)
             self.counters["map_updates"] += result.written
             self._count_failures(result.failed)
+            self.unmirrored.difference_update(key for key, _ in upserts)
+            self.unmirrored.update(key for key, _ in result.failed)
+        if self.unmirrored:
+            self.unmirrored = {key for key in self.unmirrored if key in self.table.entries}
         return len(pending)
 
     def _count_failures(self, failed):
@@ -197,14 +204,17 @@ class Mirror:
         """Queue map writes for every key where map and table differ.
 
         Returns ``(changed, extra)``: keys whose entry is missing or wrong
-        in the map, and keys in the map that the table does not hold.
+        in the map, and keys in the map that the table does not hold. A key
+        missing because the map rejected it (``unmirrored``) is queued
+        again but not counted.
         """
         in_map = self.maps.neigh.read_all()
         changed = 0
         for key, entry in self.table.entries.items():
             if in_map.get(key) != tuple(entry):
                 self.table.queue(key, entry)
-                changed += 1
+                if key in in_map or key not in self.unmirrored:
+                    changed += 1
         extra = in_map.keys() - self.table.entries.keys()
         for key in extra:
             self.table.queue(key, None)
@@ -217,7 +227,7 @@ class Mirror:
         if drift:
             self.counters["drift_repaired"] += drift
             log.warning("reconcile found %d map entries that differ from the table; repairing", drift)
-            self.flush()
+        self.flush()
         return drift
 
     # Events.
