@@ -31,7 +31,8 @@ def sync_once(netns_name=None, pin_dir=DEFAULT_PIN_DIR, iface_names=None, max_en
     """Dump the kernel's neighbors into the pinned map, sweep, and return.
 
     Creates the pins when missing. Returns a SyncResult with the number
-    of entries, the keys swept from the map and the dump and mirror times.
+    of entries, the keys swept from the map, the dump and mirror times,
+    and the entries the map rejected (``not_mirrored``, as when full).
     """
     require_root("neighbpf sync")
     if netns_name is not None:

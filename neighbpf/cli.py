@@ -145,10 +145,17 @@ def _cmd_sync(args):
     if args.json:
         print(json.dumps({"entries": result.entries, "swept": result.swept,
                           "dump_seconds": round(result.dump_seconds, 6),
-                          "mirror_seconds": round(result.mirror_seconds, 6)}))
+                          "mirror_seconds": round(result.mirror_seconds, 6),
+                          "not_mirrored": result.not_mirrored}))
     else:
-        print(f"{result.entries} neighbors mirrored to {args.pin_dir}, {result.swept} stale entries swept "
+        print(f"{result.entries - result.not_mirrored} neighbors mirrored to {args.pin_dir}, "
+              f"{result.swept} stale entries swept "
               f"(dump {result.dump_seconds:.3f} s, mirror {result.mirror_seconds:.3f} s)")
+    if result.not_mirrored:
+        print(f"neighbpf: {result.not_mirrored} of {result.entries} neighbors not mirrored because the map "
+              f"rejected them; if it is full, remove {args.pin_dir} and sync again with a larger --max-entries",
+              file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

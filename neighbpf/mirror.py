@@ -41,6 +41,8 @@ class SyncResult(NamedTuple):
     swept: int
     dump_seconds: float
     mirror_seconds: float
+    # Entries of the table that the map rejected, such as a full map's.
+    not_mirrored: int = 0
 
 
 EVENT_COUNTER_NAMES = {
@@ -159,7 +161,7 @@ class Mirror:
         self.counters["resync_" + cause] += 1
         log.info("resync (%s): %d neighbors dumped, %d in table, %d swept, took %.3f s",
                  cause, len(neighbors), len(self.table), swept, finished - started)
-        return SyncResult(len(self.table), swept, dumped - started, finished - dumped)
+        return SyncResult(len(self.table), swept, dumped - started, finished - dumped, len(self.unmirrored))
 
     def resync_ifindex(self, ifindex, cause):
         """Dump one interface's neighbors and sweep only that interface."""
