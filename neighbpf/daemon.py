@@ -220,7 +220,8 @@ class Daemon:
         self.stop_event.set()
         if self.stage is not None:
             if self.keep_xdp:
-                log.info("leaving the XDP forward stage attached to %s", ",".join(self.stage.attached))
+                if self.stage.attached:
+                    log.info("leaving the XDP forward stage attached to %s", ",".join(self.stage.attached))
             else:
                 with netns.entered(self.netns_name):
                     for name in list(self.stage.attached):
