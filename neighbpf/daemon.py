@@ -49,10 +49,10 @@ class _BpfProgInfo(ctypes.Structure):
 def _xdp_program_uses_map(ifname, map_fd):
     """Return True when the XDP program on ``ifname`` reads the map behind ``map_fd``.
 
-    ``ifname`` is looked up in the calling thread's namespace. This is how
-    a daemon recognises the forward stage that an earlier daemon of the
-    same pin directory left attached with --keep-xdp; a program of any
-    other origin returns False. Uses libbpf.so.1, which bcc links
+    ``ifname`` is looked up in the calling thread's namespace. A daemon
+    uses this to recognise the forward stage that an earlier daemon of the
+    same pin directory left attached with --keep-xdp. For a program of any
+    other origin it returns False. Uses libbpf.so.1, which bcc links
     (bpf_xdp_query_id needs libbpf 0.8 or later).
     """
     libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)

@@ -76,8 +76,9 @@ class Mirror:
         self.links = {}
         self.addresses = {}
         self.counters = collections.Counter()
-        # Table keys that the map rejected at their last write (a full map):
-        # still retried, but not drift that a reconcile repairs.
+        # Table keys that the map rejected at their last write, as a full
+        # map does. They are retried, but a reconcile does not count them
+        # as drift.
         self.unmirrored = set()
 
     def close(self):
