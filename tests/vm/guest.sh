@@ -25,10 +25,12 @@ fi
 # Tests marked vm change global kernel state (sysctls shared by every
 # namespace); tests/conftest.py runs them only where this is set.
 export NEIGHBPF_IN_VM=1
+# tests/vm/test_kernel_features.py writes what the guest kernel supports here.
+export NEIGHBPF_FEATURE_REPORT="$shared_dir/features.json"
 export PYTHONDONTWRITEBYTECODE=1
 
 if [[ $# -eq 0 ]]; then
-  set -- -m "integration or vm" tests/integration tests/vm
+  set -- -m "integration or vm" --durations=15 tests/integration tests/vm
 fi
 
 cd "$repo"

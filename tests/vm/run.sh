@@ -170,6 +170,9 @@ main() {
   local status
   status=$(cat "$shared_dir/status")
   [[ -f "$shared_dir/boot_seconds" ]] && log "guest reached its test script $(cat "$shared_dir/boot_seconds") s after the VM started"
+  if [[ -s "$shared_dir/features.json" ]]; then
+    log "guest kernel features: $(cat "$shared_dir/features.json")"
+  fi
   log "pytest in the guest exited $status"
   exit "$status"
 }
