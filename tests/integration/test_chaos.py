@@ -96,7 +96,8 @@ def test_chaos_rounds(netns_lab, daemons):
         assert verified.returncode == 0, f"round {round_number}: {verified.stdout}"
         assert map_lladdrs(pin_dir) == expected_entries(host), f"round {round_number}"
         counters = stats_json(pin_dir)["daemon"]["counters"]
-        print(f"round {round_number}: {report['operations']} changes in {report['seconds']} s, "
+        print(f"round {round_number}: {report['operations']} ip commands in {report['seconds']} s "
+              f"({report['ip_restarts']} ip restarts), "
               f"{len(map_lladdrs(pin_dir))} entries, verify passed {verified_after_s:.2f} s after the churn; "
               f"overruns {counters.get('netlink_overruns', 0)}, resyncs {counters.get('resyncs', 0)}")
 
