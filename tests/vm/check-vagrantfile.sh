@@ -1,19 +1,32 @@
 #!/usr/bin/env bash
-# Check that vagrant/Vagrantfile is valid Ruby. This catches syntax errors
-# only, not unknown Vagrant settings.
+# Check vagrant/Vagrantfile without booting a box: first its Ruby syntax,
+# then Vagrant's own validation of every setting name and value. The
+# provider blocks (libvirt, VirtualBox) are skipped, because checking them
+# needs the provider installed.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 vagrantfile="$repo/vagrant/Vagrantfile"
 
-if ! command -v ruby >/dev/null; then
-  echo "check-vagrantfile: ruby not found; install it with 'apt-get install --no-install-recommends ruby'" >&2
+fail() {
+  echo "check-vagrantfile: $*" >&2
   exit 2
-fi
-if [[ ! -f "$vagrantfile" ]]; then
-  echo "check-vagrantfile: $vagrantfile not found" >&2
-  exit 1
-fi
-# ruby -c prints "Syntax OK" or the first syntax error with its line.
+}
+
+[[ -f "$vagrantfile" ]] || fail "$vagrantfile not found"
+command -v ruby >/dev/null || fail "ruby not found; install it with 'apt-get install --no-install-recommends ruby'"
+command -v vagrant >/dev/null || fail "vagrant not found; install it with 'apt-get install --no-install-recommends vagrant'"
+
+# ruby -c prints the first syntax error with its line number.
 ruby -c "$vagrantfile" >/dev/null
-echo "check-vagrantfile: $vagrantfile: syntax OK" >&2
+
+# Vagrant keeps machine state in .vagrant/ beside the Vagrantfile and its
+# own data in ~/.vagrant.d; both go to a temporary directory instead.
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+if ! (cd "$repo/vagrant" && VAGRANT_DOTFILE_PATH="$scratch/dot" VAGRANT_HOME="$scratch/home" \
+      vagrant validate --ignore-provider >"$scratch/out" 2>&1); then
+  cat "$scratch/out" >&2
+  fail "$vagrantfile is invalid (see Vagrant's message above)"
+fi
+echo "check-vagrantfile: $vagrantfile is valid (ruby -c, vagrant validate --ignore-provider)" >&2

@@ -31,11 +31,11 @@ timeout_s=${NEIGHBPF_VM_TIMEOUT:-1500}
 # qemu-system-x86 runs the guest. linux-image-amd64 installs Debian 12's
 # 6.1 kernel with its modules, because veth, 9p and virtio are modules
 # there. linux-headers-amd64 is that kernel's build tree for bcc.
-# busybox-static is the shell of virtme-ng's initramfs. ruby checks the
-# Vagrantfile's syntax.
+# busybox-static is the shell of virtme-ng's initramfs. ruby and vagrant
+# check the Vagrantfile.
 debian_packages=(
   qemu-system-x86 linux-image-amd64 linux-headers-amd64 kmod
-  busybox-static iproute2 python3-venv ruby
+  busybox-static iproute2 python3-venv ruby vagrant
 )
 
 log() { printf 'vm: %s\n' "$*" >&2; }
@@ -137,7 +137,9 @@ main() {
   release=${kernel#/boot/vmlinuz-}
   ensure_guest_headers "$release"
   accel=$(choose_accel "$kernel")
-  log "guest kernel $release, ${accel:+software emulation}${accel:-KVM}, $cpus CPUs, $memory memory"
+  local accel_name=KVM
+  [[ -n "$accel" ]] && accel_name="software emulation"
+  log "guest kernel $release, $accel_name, $cpus CPUs, $memory memory"
 
   # The guest writes pytest's status here. virtme-ng passes the guest's
   # exit status on too, but only the file separates a test failure from a
@@ -151,12 +153,15 @@ main() {
 
   local started=$SECONDS vng_status=0
   # --overlay-rwdir lets pytest write caches in the repository inside the
-  # guest while the host's copy stays untouched.
+  # guest while the host's copy stays untouched. When standard output is a
+  # file, the guest console's writes and this script's overwrite each
+  # other (seen with virtme-ng 1.42), so the output goes through cat. With
+  # pipefail, the pipeline's status is that of timeout and vng.
   # shellcheck disable=SC2086
   timeout --kill-after=30 "$timeout_s" "$vm_venv/bin/vng" --run "$kernel" $accel \
     --user root --cpus "$cpus" --memory "$memory" \
     --overlay-rwdir "$repo" --rwdir "$shared_dir" --cwd "$repo" \
-    --exec "$guest_cmd" || vng_status=$?
+    --exec "$guest_cmd" </dev/null 2>&1 | cat || vng_status=$?
   log "VM run took $((SECONDS - started)) s"
 
   if [[ $vng_status -eq 124 ]]; then
