@@ -22,6 +22,9 @@ import socket
 import subprocess
 import sys
 
+from pyroute2 import IPRoute, NetlinkError
+
+from . import netns
 from .errors import UsageError
 
 __all__ = [
@@ -283,17 +286,13 @@ def _load_xdp_pass():
 
 
 def _attach_xdp_native(netns_name, ifname, prog_fd):
-    from pyroute2 import IPRoute
-
-    from . import netns
-
     with netns.entered(netns_name):
         ipr = IPRoute()
     try:
         ifindex = ipr.link_lookup(ifname=ifname)[0]
         ipr.link("set", index=ifindex,
                  xdp={"attrs": [("IFLA_XDP_FD", prog_fd), ("IFLA_XDP_FLAGS", XDP_FLAGS_DRV_MODE)]})
-    except Exception as exc:  # pyroute2 raises NetlinkError, a subclass of Exception only
+    except NetlinkError as exc:
         log.debug("native XDP attach on veth failed: %s", exc)
         return False
     finally:
