@@ -7,11 +7,9 @@ requested. ``Daemon.stop()`` detaches what it attached, unless ``keep_xdp``
 keeps the fast path in place, and always leaves the map pinned.
 """
 
-import ctypes
 import json
 import logging
 import os
-import socket
 import threading
 import time
 
@@ -26,59 +24,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PIN_DIR = "/sys/fs/bpf/neighbpf"
 STATS_DIR = "/run/neighbpf/stats"
 STATS_INTERVAL_S = 1.0
-
-
-class _BpfProgInfo(ctypes.Structure):
-    """Leading fields of ``struct bpf_prog_info`` (include/uapi/linux/bpf.h)."""
-
-    _fields_ = [
-        ("type", ctypes.c_uint32),
-        ("id", ctypes.c_uint32),
-        ("tag", ctypes.c_uint8 * 8),
-        ("jited_prog_len", ctypes.c_uint32),
-        ("xlated_prog_len", ctypes.c_uint32),
-        ("jited_prog_insns", ctypes.c_uint64),
-        ("xlated_prog_insns", ctypes.c_uint64),
-        ("load_time", ctypes.c_uint64),
-        ("created_by_uid", ctypes.c_uint32),
-        ("nr_map_ids", ctypes.c_uint32),
-        ("map_ids", ctypes.c_uint64),
-    ]
-
-
-def _xdp_program_uses_map(ifname, map_fd):
-    """Return True when the XDP program on ``ifname`` reads the map behind ``map_fd``.
-
-    ``ifname`` is looked up in the calling thread's namespace. A daemon
-    uses this to recognise the forward stage that an earlier daemon of the
-    same pin directory left attached with --keep-xdp. For a program of any
-    other origin it returns False. Uses libbpf.so.1, which bcc links
-    (bpf_xdp_query_id needs libbpf 0.8 or later).
-    """
-    libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
-    try:
-        ifindex = socket.if_nametoindex(ifname)
-    except OSError:
-        return False
-    prog_id = ctypes.c_uint32()
-    if libbpf.bpf_xdp_query_id(ifindex, 0, ctypes.byref(prog_id)) != 0 or not prog_id.value:
-        return False
-    map_info = (ctypes.c_uint32 * 2)()  # struct bpf_map_info starts with type, id
-    size = ctypes.c_uint32(ctypes.sizeof(map_info))
-    if libbpf.bpf_obj_get_info_by_fd(map_fd, map_info, ctypes.byref(size)) != 0:
-        return False
-    prog_fd = libbpf.bpf_prog_get_fd_by_id(prog_id.value)
-    if prog_fd < 0:
-        return False
-    try:
-        map_ids = (ctypes.c_uint32 * 64)()
-        info = _BpfProgInfo(nr_map_ids=len(map_ids), map_ids=ctypes.addressof(map_ids))
-        size = ctypes.c_uint32(ctypes.sizeof(info))
-        if libbpf.bpf_obj_get_info_by_fd(prog_fd, ctypes.byref(info), ctypes.byref(size)) != 0:
-            return False
-        return map_info[1] in map_ids[:min(info.nr_map_ids, len(map_ids))]
-    finally:
-        os.close(prog_fd)
 
 
 def stats_path(pin_dir):
@@ -144,19 +89,18 @@ class Daemon:
         self.ready.set()
 
     def _attach_xdp(self):
-        from .xdp import ForwardStage
+        from .xdp import ForwardStage, program_uses_map
 
         self.stage = ForwardStage(self.pin_dir)
         with netns.entered(self.netns_name):
             for name in self.iface_names:
-                if _xdp_program_uses_map(name, self.maps.neigh.fd):
-                    # An earlier daemon of this pin directory left its stage
-                    # with --keep-xdp. ForwardStage.attach() never replaces a
-                    # program, so detach it first; the kernel forwards the
-                    # packets that arrive in between.
+                # An earlier daemon of this pin directory may have left its
+                # stage attached with --keep-xdp: replace it in one step, so
+                # that the fast path never stops.
+                replace = program_uses_map(name, self.maps.neigh.fd)
+                if replace:
                     log.info("replacing the forward stage left attached to %s", name)
-                    self.stage.detach(name)
-                self.xdp_modes[name] = self.stage.attach(name, self.xdp_mode)
+                self.xdp_modes[name] = self.stage.attach(name, self.xdp_mode, replace=replace)
                 log.info("XDP forward stage attached to %s in %s mode", name, self.xdp_modes[name])
 
     def run(self):
@@ -229,6 +173,7 @@ class Daemon:
                             self.stage.detach(name)
                         except NeighbpfError as exc:
                             log.error("detaching XDP from %s failed: %s", name, exc)
+                self.stage.close()
             self.stage = None
         if self.mirror is not None:
             self.mirror.close()

@@ -40,7 +40,7 @@ import tempfile
 from . import abi, bccenv
 from .errors import UsageError
 
-__all__ = ["ForwardStage", "XDP_FLAGS_UPDATE_IF_NOEXIST", "XDP_FLAGS_SKB_MODE", "XDP_FLAGS_DRV_MODE"]
+__all__ = ["ForwardStage", "program_uses_map", "XDP_FLAGS_UPDATE_IF_NOEXIST", "XDP_FLAGS_SKB_MODE", "XDP_FLAGS_DRV_MODE"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,59 @@ def _ifindex(ifname):
         return None
 
 
+class _BpfProgInfo(ctypes.Structure):
+    """Leading fields of ``struct bpf_prog_info`` (include/uapi/linux/bpf.h)."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+    ]
+
+
+def program_uses_map(ifname, map_fd):
+    """Return True when the XDP program on ``ifname`` reads the map behind ``map_fd``.
+
+    ``ifname`` is looked up in the calling thread's namespace. A daemon
+    uses this to recognise the forward stage that an earlier daemon of the
+    same pin directory left attached with --keep-xdp. For a program of any
+    other origin, or no program, it returns False. Uses libbpf.so.1, which bcc links
+    (bpf_xdp_query_id needs libbpf 0.8 or later).
+    """
+    libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    try:
+        ifindex = socket.if_nametoindex(ifname)
+    except OSError:
+        return False
+    prog_id = ctypes.c_uint32()
+    if libbpf.bpf_xdp_query_id(ifindex, 0, ctypes.byref(prog_id)) != 0 or not prog_id.value:
+        return False
+    map_info = (ctypes.c_uint32 * 2)()  # struct bpf_map_info starts with type, id
+    size = ctypes.c_uint32(ctypes.sizeof(map_info))
+    if libbpf.bpf_obj_get_info_by_fd(map_fd, map_info, ctypes.byref(size)) != 0:
+        return False
+    prog_fd = libbpf.bpf_prog_get_fd_by_id(prog_id.value)
+    if prog_fd < 0:
+        return False
+    try:
+        map_ids = (ctypes.c_uint32 * 64)()
+        info = _BpfProgInfo(nr_map_ids=len(map_ids), map_ids=ctypes.addressof(map_ids))
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        if libbpf.bpf_obj_get_info_by_fd(prog_fd, ctypes.byref(info), ctypes.byref(size)) != 0:
+            return False
+        return map_info[1] in map_ids[:min(info.nr_map_ids, len(map_ids))]
+    finally:
+        os.close(prog_fd)
+
+
 class ForwardStage:
     """The forward stage compiled against one pin directory.
 
@@ -136,15 +189,17 @@ class ForwardStage:
         if output[0].strip():
             log.debug("bcc output for %s:\n%s", FORWARD_SOURCE, output[0])
 
-    def attach(self, ifname, mode="auto"):
+    def attach(self, ifname, mode="auto", replace=False):
         """Attach the stage to ``ifname`` in the calling thread's network namespace.
 
         ``mode`` is ``"native"`` (driver mode), ``"generic"`` (SKB mode) or
         ``"auto"``, which tries native first and falls back to generic.
         Returns the mode in use. An interface that already has an XDP
-        program is not taken over. Raises UsageError for a missing
-        interface, an unknown mode, an interface with another XDP program,
-        or when the kernel rejects the attach.
+        program is not taken over unless ``replace`` is true. Then the
+        kernel swaps the programs in one step, provided the new one goes in
+        the mode of the old one. Raises UsageError for a missing interface,
+        an unknown mode, an interface with another XDP program, or when the
+        kernel rejects the attach.
         """
         if mode not in MODES:
             raise UsageError(f"invalid XDP mode {mode!r}; use one of {', '.join(MODES)}")
@@ -155,12 +210,15 @@ class ForwardStage:
         tried = ["native", "generic"] if mode == "auto" else [mode]
         errors = []
         for candidate in tried:
-            err = self._set_link_xdp(ifname, self._function.fd, MODE_FLAGS[candidate] | XDP_FLAGS_UPDATE_IF_NOEXIST)
+            flags = MODE_FLAGS[candidate] | (0 if replace else XDP_FLAGS_UPDATE_IF_NOEXIST)
+            err = self._set_link_xdp(ifname, self._function.fd, flags)
             if err == 0:
                 self.attached[ifname] = candidate
                 log.info("forward stage attached to %s in %s mode", ifname, candidate)
                 return candidate
-            if err in (errno.EBUSY, errno.EEXIST):
+            # With replace, EEXIST means the old program runs in the other
+            # mode (the kernel allows one mode at a time): try the next one.
+            if err in (errno.EBUSY, errno.EEXIST) and not replace:
                 raise UsageError(f"interface {ifname} already has an XDP program; remove it with "
                                  f"'ip link set dev {ifname} xdp off' or leave {ifname} out")
             errors.append(f"{candidate}: {errno.errorcode.get(err, err)}")
