@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import socket
+import time
 from typing import NamedTuple
 
 from . import codec, netns
@@ -19,6 +20,9 @@ from .errors import UsageError
 from .kernel import KernelSource
 from .mirror import Mirror
 from .table import NeighborTable
+
+# Counters older than this are not reported as a running daemon's.
+STALE_STATS_S = 10.0
 
 
 def require_root(command):
@@ -179,6 +183,10 @@ def stats(pin_dir=DEFAULT_PIN_DIR):
             daemon = json.load(f)
     except FileNotFoundError:
         pass
-    if daemon is not None and not os.path.exists(f"/proc/{daemon.get('pid', 0)}"):
-        daemon = None
+    # A daemon rewrites the file every second: an old file, or one whose pid
+    # is gone, was left by a daemon that was killed.
+    if daemon is not None:
+        age_s = time.time() - daemon.get("updated", 0)
+        if age_s > STALE_STATS_S or not os.path.exists(f"/proc/{daemon.get('pid', 0)}"):
+            daemon = None
     return {"xdp": xdp, "daemon": daemon}

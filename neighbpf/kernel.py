@@ -196,10 +196,15 @@ class KernelSource:
             messages.extend(codec.iter_messages(data, self.counters))
         return messages
 
-    def drain_events(self):
-        """Discard everything queued on the event socket; return the count."""
+    def drain_events(self, max_datagrams=65536):
+        """Discard what is queued on the event socket; return the count.
+
+        Stops after ``max_datagrams``, so that a flood of events cannot
+        keep it reading forever. The dump that follows a drain makes any
+        event left in the queue harmless: events are applied in order.
+        """
         drained = 0
-        while True:
+        while drained < max_datagrams:
             try:
                 self.events.recv(RECV_BUFSIZE)
                 drained += 1
@@ -208,6 +213,7 @@ class KernelSource:
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
+        return drained
 
     def wait(self, timeout_s):
         """Block until events are queued or ``timeout_s`` passes."""

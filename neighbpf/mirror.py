@@ -190,7 +190,9 @@ class Mirror:
         if upserts:
             result = self.maps.neigh.update_batch(upserts)
             self.counters["map_updates"] += result.written
-            self._count_failures(result.failed)
+            # A key the map already rejected is retried at each reconcile;
+            # count it once, when it is first rejected.
+            self._count_failures([f for f in result.failed if f[0] not in self.unmirrored])
             self.unmirrored.difference_update(key for key, _ in upserts)
             self.unmirrored.update(key for key, _ in result.failed)
         if self.unmirrored:
