@@ -235,6 +235,7 @@ def main(argv=None):
         print(f"neighbpf: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
+        print("neighbpf: interrupted", file=sys.stderr)
         return 130
 
 

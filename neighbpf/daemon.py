@@ -59,6 +59,7 @@ class Daemon:
         self.xdp_modes = {}
         self.stop_event = threading.Event()
         self.ready = threading.Event()
+        self._stopped = False
         self._stats_path = stats_path(pin_dir)
 
     def start(self):
@@ -160,8 +161,11 @@ class Daemon:
             log.warning("writing counters to %s failed: %s", self._stats_path, exc)
 
     def stop(self):
-        """Detach XDP (unless keep_xdp), close sockets and maps."""
+        """Detach XDP (unless keep_xdp), close sockets and maps; idempotent."""
         self.stop_event.set()
+        if self._stopped:
+            return
+        self._stopped = True
         if self.stage is not None:
             if self.keep_xdp:
                 if self.stage.attached:
