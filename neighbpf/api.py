@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from . import codec, netns
 from .bpfmap import PinnedMaps
-from .daemon import DEFAULT_PIN_DIR, stats_path
+from .daemon import DEFAULT_PIN_DIR, PinDirLock, stats_path
 from .errors import UsageError
 from .kernel import KernelSource
 from .mirror import Mirror
@@ -41,6 +41,14 @@ def sync_once(netns_name=None, pin_dir=DEFAULT_PIN_DIR, iface_names=None, max_en
     require_root("neighbpf sync")
     if netns_name is not None:
         netns.netns_path(netns_name)
+    lock = PinDirLock(pin_dir).acquire()
+    try:
+        return _sync_once_locked(netns_name, pin_dir, iface_names, max_entries)
+    finally:
+        lock.release()
+
+
+def _sync_once_locked(netns_name, pin_dir, iface_names, max_entries):
     maps = PinnedMaps.open(pin_dir, create=True, max_entries=max_entries)
     try:
         mirror = Mirror(maps, KernelSource(netns_name), iface_names=iface_names)

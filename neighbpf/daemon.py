@@ -7,6 +7,7 @@ requested. ``Daemon.stop()`` detaches what it attached, unless ``keep_xdp``
 keeps the fast path in place, and always leaves the map pinned.
 """
 
+import fcntl
 import json
 import logging
 import os
@@ -23,7 +24,49 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/neighbpf"
 STATS_DIR = "/run/neighbpf/stats"
+LOCK_DIR = "/run/neighbpf/locks"
 STATS_INTERVAL_S = 1.0
+
+
+class PinDirLock:
+    """An exclusive lock that one writer of a pin directory holds.
+
+    Two processes that mirror into the same maps, possibly from different
+    namespaces, would overwrite each other's entries and sweep each
+    other's keys. ``acquire()`` raises UsageError naming the holder's pid
+    when another process holds the lock. The kernel releases the flock(2)
+    when the holder exits, also after SIGKILL.
+    """
+
+    def __init__(self, pin_dir):
+        name = os.path.abspath(pin_dir).strip("/").replace("/", "_")
+        self.pin_dir = pin_dir
+        self.path = os.path.join(LOCK_DIR, name + ".lock")
+        self._fd = None
+
+    def acquire(self):
+        os.makedirs(LOCK_DIR, mode=0o755, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UsageError(f"another neighbpf process (pid {holder}) already writes the maps at {self.pin_dir}; "
+                             "stop it first or choose another --pin-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    @property
+    def held(self):
+        return self._fd is not None
+
+    def release(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def stats_path(pin_dir):
@@ -60,6 +103,7 @@ class Daemon:
         self.stop_event = threading.Event()
         self.ready = threading.Event()
         self._stopped = False
+        self._lock = PinDirLock(pin_dir)
         self._stats_path = stats_path(pin_dir)
 
     def start(self):
@@ -70,6 +114,7 @@ class Daemon:
         if self.netns_name is not None:
             netns.netns_path(self.netns_name)
         try:
+            self._lock.acquire()
             self.maps = PinnedMaps.open(self.pin_dir, create=True, max_entries=self.max_entries)
             source = KernelSource(self.netns_name, rcvbuf_bytes=self.rcvbuf_bytes)
             self.mirror = Mirror(self.maps, source, iface_names=self.iface_names)
@@ -89,9 +134,29 @@ class Daemon:
                  len(self.mirror.table), self.mirror.source.rcvbuf_bytes)
         self.ready.set()
 
+    def _check_forwarding(self):
+        """Raise UsageError unless the kernel forwards IPv4 on every named interface.
+
+        The forward stage must not forward what the kernel itself would
+        not: a router with forwarding off would otherwise start forwarding
+        on the fast path.
+        """
+        with netns.entered(self.netns_name):
+            for name in self.iface_names:
+                try:
+                    with open(f"/proc/sys/net/ipv4/conf/{name}/forwarding") as f:
+                        enabled = f.read().strip() == "1"
+                except FileNotFoundError:
+                    continue
+                if not enabled:
+                    raise UsageError(
+                        f"IPv4 forwarding is off on {name} (net.ipv4.conf.{name}.forwarding=0); enable it "
+                        "with 'sysctl -w net.ipv4.ip_forward=1' or run with --no-xdp")
+
     def _attach_xdp(self):
         from .xdp import ForwardStage, program_uses_map
 
+        self._check_forwarding()
         self.stage = ForwardStage(self.pin_dir)
         with netns.entered(self.netns_name):
             for name in self.iface_names:
@@ -183,8 +248,11 @@ class Daemon:
             self.mirror.close()
         if self.maps is not None:
             self.maps.close()
-        try:
-            os.unlink(self._stats_path)
-        except FileNotFoundError:
-            pass
+        # A daemon refused for a held lock must not remove the holder's counters.
+        if self._lock.held:
+            try:
+                os.unlink(self._stats_path)
+            except FileNotFoundError:
+                pass
+        self._lock.release()
         log.info("stopped")

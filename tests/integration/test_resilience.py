@@ -621,6 +621,7 @@ def test_keep_xdp_serves_without_daemon(routed, daemons):
 
 
 def test_clean_stop_detaches_xdp(host_peer, daemons):
+    host_peer.lab.sysctl(host_peer.host, "net.ipv4.ip_forward", 1)
     daemon = DaemonProcess(host_peer.host, host_peer.pin_dir, "--iface", "d0", "--xdp-mode", "generic")
     daemons.append(daemon)
     daemon.start(ready_timeout_s=60)
@@ -628,6 +629,30 @@ def test_clean_stop_detaches_xdp(host_peer, daemons):
     assert daemon.terminate() == 0
     assert xdp_attached(host_peer.host, "d0") is None
     assert "stopped" in daemon.stderr()
+
+
+def test_xdp_refused_without_forwarding(host_peer):
+    result = neighbpf("run", "--netns", host_peer.host, "--pin-dir", host_peer.pin_dir, "--iface", "d0")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert "forwarding is off on d0" in lines[-1]
+    assert "--no-xdp" in lines[-1]
+    assert xdp_attached(host_peer.host, "d0") is None
+
+
+def test_second_writer_refused(host_peer, daemons):
+    daemon = DaemonProcess(host_peer.host, host_peer.pin_dir, "--no-xdp")
+    daemons.append(daemon)
+    daemon.start(ready_timeout_s=60)
+    for command in (["run", "--no-xdp"], ["sync", "--once"]):
+        result = neighbpf(*command, "--netns", host_peer.host, "--pin-dir", host_peer.pin_dir)
+        assert result.returncode == 2
+        last_line = result.stderr.strip().splitlines()[-1]
+        assert f"pid {daemon.pid}" in last_line
+        assert host_peer.pin_dir in last_line
+    assert daemon.terminate() == 0
+    result = neighbpf("sync", "--once", "--netns", host_peer.host, "--pin-dir", host_peer.pin_dir)
+    assert result.returncode == 0, result.stderr
 
 
 def write_abi_version(pin_dir, version):
@@ -661,6 +686,7 @@ def test_other_abi_version_exit_2(host_peer):
 
 def test_foreign_xdp_program_is_kept(host_peer, daemons):
     host, pin_dir = host_peer.host, host_peer.pin_dir
+    host_peer.lab.sysctl(host, "net.ipv4.ip_forward", 1)
     # A forward stage of another pin directory is not the daemon's to replace.
     other_pin_dir = host_peer.lab.add_pin_dir("o")
     other_maps = PinnedMaps.open(other_pin_dir, create=True, max_entries=16)
