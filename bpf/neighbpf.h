@@ -39,9 +39,10 @@
  *
  * A copy of the kernel's IPv4 neighbor table, limited to entries in a
  * NUD_VALID state with a 6-byte MAC. Sizing: max_entries is set when the
- * map is created and defaults to at least the kernel's
- * net.ipv4.neigh.default.gc_thresh3 (rounded up), so that every entry the
- * kernel can hold fits. An existing pin keeps its own size. When the map
+ * map is created and defaults to the larger of 65536 and the kernel's
+ * net.ipv4.neigh.default.gc_thresh3, rounded up to a power of two.
+ * gc_thresh3 does not limit PERMANENT entries, hence the minimum. An
+ * existing pin keeps its own size. When the map
  * is full, an insert of a new key fails with E2BIG. The daemon counts and
  * logs it, and entries already in the map stay correct. The XDP program
  * finds no entry for the missing key and passes the packet to the kernel.

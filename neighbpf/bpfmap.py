@@ -17,6 +17,7 @@ import ctypes
 import errno
 import logging
 import os
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -50,8 +51,20 @@ BPF_FS_MAGIC = 0xCAFE4A11
 PIN_DIR_MODE = 0o700
 PIN_MODE = 0o600
 GC_THRESH3_PATH = "/proc/sys/net/ipv4/neigh/default/gc_thresh3"
-NEIGH4_MIN_ENTRIES = 1024
+# PERMANENT and externally learned neighbors are exempt from gc_thresh3
+# (the exempt_from_gc argument of __neigh_create() in net/core/neighbour.c),
+# so a table can exceed it; 3,000 PERMANENT entries were accepted with
+# gc_thresh3 at 1024 on Linux 6.18. 65536 entries cost about 5 MiB.
+NEIGH4_MIN_ENTRIES = 65536
 LOOKUP_BATCH_CHUNK = 1024
+
+# The layouts of abi.NeighKey and abi.NeighValue, for decoding whole
+# batches with struct.iter_unpack: ctypes objects per entry cost about
+# three times as much at 100,000 entries.
+_NEIGH_KEY = struct.Struct("=I4s")
+_NEIGH_VALUE = struct.Struct("=6sHII")
+assert _NEIGH_KEY.size == ctypes.sizeof(abi.NeighKey)
+assert _NEIGH_VALUE.size == ctypes.sizeof(abi.NeighValue)
 FULL_LOG_INTERVAL_S = 10.0
 
 
@@ -349,19 +362,22 @@ class NeighMap(_PinnedMap):
         kernels without it. The result is not a snapshot: entries written
         during the read may or may not appear.
         """
-        pairs = None
-        if self.batch_supported:
-            pairs = self._lookup_batch_pairs()
-        if pairs is None:
-            pairs = self._read_pairs(abi.NeighKey, abi.NeighValue)
-        return {
-            (key.ifindex, bytes(key.ip4)): (bytes(value.lladdr), value.nud_state, value.ntf_flags)
-            for key, value in pairs
-        }
+        chunks = self._lookup_batch_chunks() if self.batch_supported else None
+        if chunks is None:
+            return {
+                (key.ifindex, bytes(key.ip4)): (bytes(value.lladdr), value.nud_state, value.ntf_flags)
+                for key, value in self._read_pairs(abi.NeighKey, abi.NeighValue)
+            }
+        entries = {}
+        for key_bytes, value_bytes in chunks:
+            rows = zip(_NEIGH_KEY.iter_unpack(key_bytes), _NEIGH_VALUE.iter_unpack(value_bytes))
+            for (ifindex, dst), (lladdr, nud_state, ntf_flags, _reserved) in rows:
+                entries[(ifindex, dst)] = (lladdr, nud_state, ntf_flags)
+        return entries
 
-    def _lookup_batch_pairs(self):
-        """Return [(key, value)] through BPF_MAP_LOOKUP_BATCH, or None when unsupported."""
-        pairs = []
+    def _lookup_batch_chunks(self):
+        """Return [(key bytes, value bytes)] through BPF_MAP_LOOKUP_BATCH, or None when unsupported."""
+        chunks = []
         chunk = LOOKUP_BATCH_CHUNK
         in_batch = ctypes.c_uint32(0)
         out_batch = ctypes.c_uint32(0)
@@ -381,11 +397,10 @@ class NeighMap(_PinnedMap):
                 return None
             if err not in (0, errno.ENOENT):
                 _check(0, err, "BPF_MAP_LOOKUP_BATCH", self.path)
-            for index in range(count.value):
-                pairs.append((abi.NeighKey.from_buffer_copy(keys[index]),
-                              abi.NeighValue.from_buffer_copy(values[index])))
+            chunks.append((bytes(keys)[:count.value * _NEIGH_KEY.size],
+                           bytes(values)[:count.value * _NEIGH_VALUE.size]))
             if err == errno.ENOENT:
-                return pairs
+                return chunks
             in_batch.value = out_batch.value
             first = False
 
@@ -530,10 +545,11 @@ def _map_specs(neigh_max_entries):
 
 
 def default_neigh_max_entries():
-    """Return the default ``neigh4`` size: max(gc_thresh3, 1024) rounded up to a power of two.
+    """Return the default ``neigh4`` size: max(gc_thresh3, 65536) rounded up to a power of two.
 
-    gc_thresh3 is the kernel's hard limit of IPv4 neighbor entries, read
-    from ``GC_THRESH3_PATH`` (1024 when it cannot be read).
+    gc_thresh3 is the kernel's limit of IPv4 neighbor entries that garbage
+    collection manages, read from ``GC_THRESH3_PATH`` (ignored when it
+    cannot be read). PERMANENT entries come on top, hence the minimum.
     """
     try:
         with open(GC_THRESH3_PATH) as f:

@@ -76,7 +76,7 @@ def build_parser():
     run.add_argument("--keep-xdp", action="store_true",
                      help="leave the XDP stage attached on exit, so the fast path never stops across a restart")
     run.add_argument("--max-entries", type=_positive_int, metavar="N",
-                     help="size of a newly created neighbor map (default: at least the kernel's gc_thresh3)")
+                     help="size of a newly created neighbor map (default: 65536, or the kernel's gc_thresh3 if larger)")
     run.add_argument("--rcvbuf", type=_positive_int, metavar="BYTES", default=8 * 1024 * 1024,
                      help="event socket receive buffer in bytes (default: 8 MiB)")
     run.add_argument("--reconcile-interval", type=_positive_float, metavar="SECONDS", default=30.0,
@@ -87,7 +87,7 @@ def build_parser():
     sync.add_argument("--once", action="store_true", help="required: dump once and exit")
     sync.add_argument("--json", action="store_true", help="print counts and timings as JSON")
     sync.add_argument("--max-entries", type=_positive_int, metavar="N",
-                      help="size of a newly created neighbor map (default: at least the kernel's gc_thresh3)")
+                      help="size of a newly created neighbor map (default: 65536, or the kernel's gc_thresh3 if larger)")
 
     show = sub.add_parser("show", help="list the pinned map's entries")
     _add_common(show)
