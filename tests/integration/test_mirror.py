@@ -65,6 +65,16 @@ def learn_by_ping(netns, addresses):
                        capture_output=True, check=False)
 
 
+def wait_for_state(netns, address, state, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = json.loads(ip("-j", "neigh", "show", address, netns=netns) or "[]")
+        if rows and state in rows[0].get("state", []):
+            return
+        time.sleep(0.05)
+    pytest.fail(f"{address} did not reach {state} in {timeout_s} s: {rows}")
+
+
 def add_every_kind(netns):
     """Add one entry of each kind the ingest rules distinguish."""
     learn_by_ping(netns, PEER_ADDRS[:3])
@@ -76,6 +86,12 @@ def add_every_kind(netns):
     ip("neigh", "add", "198.18.7.105", "lladdr", "02:00:00:00:01:05", "dev", "d0", "extern_learn", netns=netns)
     ip("neigh", "add", "169.254.7.7", "lladdr", "02:00:00:00:01:07", "dev", "d0", "nud", "reachable", netns=netns)
     ip("neigh", "add", "proxy", "198.18.7.106", "dev", "d0", netns=netns)
+    # Managed entries (Linux 5.16 and later) are resolved by the kernel on
+    # its own: this one for an address the peer owns, the other for none.
+    ip("neigh", "add", PEER_ADDRS[5], "dev", "d0", "managed", netns=netns)
+    ip("neigh", "add", "198.18.7.109", "lladdr", "02:00:00:00:01:09", "dev", "d0", "managed", "extern_learn",
+       netns=netns)
+    wait_for_state(netns, PEER_ADDRS[5], "REACHABLE")
     ip("neigh", "add", "198.18.7.107", "lladdr", "00:00:00:00:00:00", "dev", "d0", "nud", "permanent", netns=netns)
     # A multicast destination gets an entry of type RTN_MULTICAST.
     ip("route", "add", "224.0.0.0/4", "dev", "d0", netns=netns)
@@ -121,6 +137,7 @@ def test_sync_once_mirrors_every_kind(pair):
     assert ("d0", "169.254.7.7") in expected
     assert ("d0", "198.18.7.105") in expected
     assert ("d0", "198.18.7.103") not in expected
+    assert ("d0", PEER_ADDRS[5]) in expected
     verified = neighbpf("verify", "--netns", pair["host"], "--pin-dir", pair["pin_dir"])
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
