@@ -27,6 +27,14 @@ STATS_DIR = "/run/neighbpf/stats"
 LOCK_DIR = "/run/neighbpf/locks"
 STATS_INTERVAL_S = 1.0
 
+# Counters that ``neighbpf stats`` always shows, with 0 until they move.
+# Others (ignored messages by reason, malformed ones) appear once counted.
+REPORTED_COUNTERS = (
+    "event_newneigh", "event_delneigh", "event_newlink", "event_dellink", "event_newaddr", "event_deladdr",
+    "netlink_overruns", "resyncs", "link_resyncs", "netlink_dump_retries", "netlink_untrusted_sender",
+    "map_updates", "map_deletes", "map_full", "map_errors", "drift_repaired", "loop_errors",
+)
+
 
 class PinDirLock:
     """An exclusive lock that one writer of a pin directory holds.
@@ -200,8 +208,9 @@ class Daemon:
 
     def stats(self):
         """Return the daemon's counters as a JSON-ready dict."""
-        counters = dict(self.mirror.counters) if self.mirror else {}
+        counters = dict.fromkeys(REPORTED_COUNTERS, 0)
         if self.mirror:
+            counters.update(self.mirror.counters)
             counters.update({f"table_{k}": v for k, v in self.mirror.table.counters.items()})
             counters.update({f"netlink_{k}": v for k, v in self.mirror.source.counters.items()})
         return {

@@ -16,6 +16,8 @@ import time
 
 import pytest
 
+from neighbpf.daemon import REPORTED_COUNTERS, STATS_INTERVAL_S
+
 pytestmark = pytest.mark.integration
 
 NEIGHBPF = [sys.executable, "-m", "neighbpf.cli"]
@@ -187,6 +189,15 @@ def test_daemon_follows_events(pair):
         assert shown[("d0", "198.18.7.100")] == "02:00:00:00:03:00"
         assert ("d0", "198.18.7.101") not in shown
         assert neighbpf("verify", "--netns", host, "--pin-dir", pin_dir).returncode == 0
+        time.sleep(STATS_INTERVAL_S * 1.5)
+        stats = json.loads(neighbpf("stats", "-j", "--pin-dir", pin_dir).stdout)
+        counters = stats["daemon"]["counters"]
+        assert set(REPORTED_COUNTERS) <= counters.keys()
+        assert counters["event_newneigh"] > 0
+        assert counters["event_delneigh"] > 0
+        # The IPv6 neighbor that add_every_kind adds arrives as an event.
+        assert counters["table_ignored_family"] > 0
+        assert stats["daemon"]["entries"] == len(expected)
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, stderr = daemon.communicate(timeout=20)
