@@ -38,6 +38,18 @@ NUD_BY_NAME = {"INCOMPLETE": 0x01, "REACHABLE": 0x02, "STALE": 0x04, "DELAY": 0x
                "FAILED": 0x20, "NOARP": 0x40, "PERMANENT": 0x80}
 # <linux/in.h>: IP_RECVTTL enables an IP_TTL control message on receive.
 IP_RECVTTL = 12
+# <asm-generic/socket.h>: SO_RCVBUFFORCE sets the receive buffer past
+# net.core.rmem_max (CAP_NET_ADMIN only).
+SO_RCVBUFFORCE = 33
+# The receiver needs room for all PACKETS datagrams, because each test sends
+# them all before it reads one. UDP charges a datagram's skb truesize, not
+# its length, to the buffer. On Linux 6.1, native XDP on the router's veth
+# copies every frame into a page of its own (veth_convert_skb_to_xdp_buff()
+# in drivers/net/veth.c), so each datagram costs 4352 bytes at the server,
+# redirected or passed. The default buffer (net.core.rmem_default, 212992)
+# then has room for 49 of 50, and UDP drops the last one as Udp RcvbufErrors.
+# Linux 6.18 charges about 940 bytes for the same datagram.
+RECEIVE_BUFFER_BYTES = 1 << 20
 
 
 def mac_bytes(text):
@@ -103,9 +115,13 @@ def open_receiver(server):
     def create():
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER_BYTES)
         sock.bind(("0.0.0.0", PORT))
         return sock
-    return call_in_netns(server, create)
+    sock = call_in_netns(server, create)
+    # The kernel doubles the value set, for its own bookkeeping.
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= RECEIVE_BUFFER_BYTES
+    return sock
 
 
 def send_datagrams(client, destination, count, ttl=SEND_TTL, ip_options=b""):
