@@ -52,6 +52,13 @@ MAX_ADDRESSES = 500  # stays well below the kernel's default gc_thresh3 of 1024
 
 IP_RECVTTL = 12
 IP_TTL = 2
+SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>
+# Receive buffer requested for the server's socket, which the kernel
+# doubles. UDP charges each datagram's skb truesize: on Linux 6.1, a frame
+# that passed native XDP on a veth owns a whole page
+# (veth_convert_skb_to_xdp_buff() in drivers/net/veth.c), 4352 bytes, so
+# the buffer has room for about 1,900 datagrams while the reader thread lags.
+RECEIVER_RCVBUF_BYTES = 4 * 1024 * 1024
 
 
 def _ip(*args, netns_name=None):
@@ -153,7 +160,13 @@ class TtlReceiver:
     def __init__(self, netns_name, port=UDP_PORT):
         with netns.entered(netns_name):
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        # SO_RCVBUF is capped at net.core.rmem_max, 212992 bytes by default
+        # (doubled, about 97 such datagrams). SO_RCVBUFFORCE is not capped
+        # but needs CAP_NET_ADMIN, which the demo has because it runs as root.
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVER_RCVBUF_BYTES)
+        except PermissionError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVER_RCVBUF_BYTES)
         self.sock.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
         self.sock.bind(("0.0.0.0", port))
         self.ttls = {}
