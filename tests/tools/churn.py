@@ -2,8 +2,10 @@
 
 Adds, replaces and deletes neighbor entries on the named interfaces of
 one network namespace, through a single ``ip -n NS -force -batch -``
-process, until ``--operations`` commands are sent or ``--seconds`` pass,
-whichever comes first. It is meant for namespaces that a test created:
+process, until ``--operations`` commands are sent, ``--seconds`` pass or
+SIGTERM arrives, whichever comes first. SIGTERM lets a caller run the
+churn for as long as its own steps take, with both limits as a bound. It
+is meant for namespaces that a test created:
 ``--netns`` is required, so the caller's own namespace is never touched,
 and every address comes from ``--prefix``, which must lie inside
 198.18.0.0/15, the range reserved for benchmark networks (RFC 2544).
@@ -17,9 +19,10 @@ deleting an entry the kernel has flushed. churn then starts a new ip;
 the commands still in the pipe are lost, which is fine for churn.
 
 Prints one JSON line when done: ``operations`` (commands written),
-``adds``, ``replaces``, ``deletes``, ``seconds``, ``ip_restarts`` and
+``adds``, ``replaces``, ``deletes``, ``seconds``, ``ip_restarts``,
 ``ip_status`` (the exit status of the last ip, non-zero when any of its
-commands failed).
+commands failed) and ``stopped_by`` (``operations``, ``seconds`` or
+``signal``). It exits 0 after SIGTERM too.
 
     python tests/tools/churn.py --netns nbt123h0 --iface d0 --iface d2 \\
         --operations 20000 --seconds 5 --max-alive 240 --prefix 198.19.0.0/16
@@ -30,6 +33,7 @@ import ipaddress
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -149,11 +153,15 @@ class Churn:
 def main(argv=None):
     args = parse_args(argv)
     churn = Churn(args.iface, args.prefix, args.max_alive, random.Random(args.seed))
+    # The handler only records the signal, so the chunk being written is
+    # finished and ip still runs the commands it has read.
+    stop_signals = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stop_signals.append(signum))
     ip = IpBatch(args.netns)
     started = time.monotonic()
     operations = 0
     try:
-        while operations < args.operations and time.monotonic() - started < args.seconds:
+        while not stop_signals and operations < args.operations and time.monotonic() - started < args.seconds:
             count = min(CHUNK_LINES, args.operations - operations)
             if not ip.send("".join(churn.next_command() + "\n" for _ in range(count))):
                 # Which commands the old ip ran is unknown; replace works
@@ -163,8 +171,14 @@ def main(argv=None):
     finally:
         ip_status = ip.close()
     seconds = time.monotonic() - started
+    if stop_signals:
+        stopped_by = "signal"
+    elif operations >= args.operations:
+        stopped_by = "operations"
+    else:
+        stopped_by = "seconds"
     print(json.dumps({"operations": operations, **churn.counts, "seconds": round(seconds, 3),
-                      "ip_restarts": ip.restarts, "ip_status": ip_status}))
+                      "ip_restarts": ip.restarts, "ip_status": ip_status, "stopped_by": stopped_by}))
     return 0
 
 
