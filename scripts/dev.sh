@@ -22,25 +22,9 @@ debian_packages=(
   linux-headers-amd64 iproute2 iputils-ping ethtool kmod
 )
 
-log() { printf 'dev.sh: %s\n' "$*" >&2; }
-
-need_root() {
-  if [[ $(id -u) -ne 0 ]]; then
-    log "must run as root (BPF, XDP and network namespaces need it); retry with sudo"
-    exit 2
-  fi
-}
-
-install_debian_packages() {
-  local missing=() pkg
-  for pkg in "$@"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-  done
-  [[ ${#missing[@]} -eq 0 ]] && return 0
-  log "installing Debian packages: ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+log_prefix=dev.sh
+# shellcheck source=scripts/lib.sh
+source "$repo/scripts/lib.sh"
 
 mount_bpffs() {
   # systemd mounts bpffs at boot on most hosts; minimal machines and
@@ -65,7 +49,7 @@ build_venv() {
 }
 
 setup() {
-  need_root
+  need_root "BPF, XDP and network namespaces need it"
   install_debian_packages "${debian_packages[@]}"
   mount_bpffs
   build_venv

@@ -15,7 +15,7 @@
 #                              probe boot under KVM succeeds
 #   NEIGHBPF_VM_MEMORY=3G      guest memory (QEMU size syntax)
 #   NEIGHBPF_VM_CPUS=2         guest CPUs
-#   NEIGHBPF_VM_TIMEOUT=1500   seconds before the whole VM run is stopped
+#   NEIGHBPF_VM_TIMEOUT=2400   seconds before the whole VM run is stopped
 #
 # Exits with pytest's status from inside the guest, 2 when the host is not
 # set up (not root, no .venv), and 124 when the VM run timed out.
@@ -26,7 +26,7 @@ vm_venv="$repo/.venv-vm"
 virtme_ng_version=1.42
 memory=${NEIGHBPF_VM_MEMORY:-3G}
 cpus=${NEIGHBPF_VM_CPUS:-2}
-timeout_s=${NEIGHBPF_VM_TIMEOUT:-1500}
+timeout_s=${NEIGHBPF_VM_TIMEOUT:-2400}
 
 # qemu-system-x86 runs the guest. linux-image-amd64 installs Debian 12's
 # 6.1 kernel with its modules, because veth, 9p and virtio are modules
@@ -38,25 +38,9 @@ debian_packages=(
   busybox-static iproute2 python3-venv ruby vagrant
 )
 
-log() { printf 'vm: %s\n' "$*" >&2; }
-
-need_root() {
-  if [[ $(id -u) -ne 0 ]]; then
-    log "must run as root (apt-get, and the guest runs the root-only tests); retry with sudo"
-    exit 2
-  fi
-}
-
-install_debian_packages() {
-  local missing=() pkg
-  for pkg in "$@"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-  done
-  [[ ${#missing[@]} -eq 0 ]] && return 0
-  log "installing Debian packages: ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+log_prefix=vm
+# shellcheck source=scripts/lib.sh
+source "$repo/scripts/lib.sh"
 
 build_vm_venv() {
   # virtme-ng lives in its own virtualenv so that the project's .venv stays
@@ -120,7 +104,7 @@ choose_accel() {
 }
 
 main() {
-  need_root
+  need_root "apt-get, and the guest runs the root-only tests"
   install_debian_packages "${debian_packages[@]}"
   if [[ ! -x "$repo/.venv/bin/python" ]]; then
     log "$repo/.venv is missing; run 'bash scripts/dev.sh setup' first"
