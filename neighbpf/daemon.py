@@ -43,7 +43,8 @@ class PinDirLock:
     namespaces, would overwrite each other's entries and sweep each
     other's keys. ``acquire()`` raises UsageError naming the holder's pid
     when another process holds the lock. The kernel releases the flock(2)
-    when the holder exits, also after SIGKILL.
+    when the holder exits, also after SIGKILL. ``release()`` removes the
+    lock file, so only a killed holder leaves one behind.
     """
 
     def __init__(self, pin_dir):
@@ -54,14 +55,23 @@ class PinDirLock:
 
     def acquire(self):
         os.makedirs(LOCK_DIR, mode=0o755, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise UsageError(f"another neighbpf process (pid {holder}) already writes the maps at "
+                                 f"{self.pin_dir}; stop it first or choose another --pin-dir") from None
+            # The previous holder may have removed the file between our open
+            # and flock; a lock on that orphan inode would exclude nobody.
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise UsageError(f"another neighbpf process (pid {holder}) already writes the maps at {self.pin_dir}; "
-                             "stop it first or choose another --pin-dir") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -73,6 +83,10 @@ class PinDirLock:
 
     def release(self):
         if self._fd is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
             os.close(self._fd)
             self._fd = None
 

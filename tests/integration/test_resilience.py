@@ -33,6 +33,7 @@ from daemonproc import (HOST_ADDR, PEER_ADDRS, DaemonProcess, daemons, expected_
                         stats_json, verify_within, wait_for)
 from neighbpf import abi, codec, features, kernel, netns
 from neighbpf.bpfmap import PinnedMaps
+from neighbpf.daemon import PinDirLock
 from neighbpf.errors import AbiMismatchError, NetlinkError
 from neighbpf.kernel import KernelSource
 from neighbpf.mirror import Mirror
@@ -653,6 +654,8 @@ def test_second_writer_refused(host_peer, daemons):
     assert daemon.terminate() == 0
     result = neighbpf("sync", "--once", "--netns", host_peer.host, "--pin-dir", host_peer.pin_dir)
     assert result.returncode == 0, result.stderr
+    # Each writer removes its lock file when it is done.
+    assert not os.path.exists(PinDirLock(host_peer.pin_dir).path)
 
 
 def write_abi_version(pin_dir, version):
