@@ -65,7 +65,7 @@ class PinDirLock:
                 raise UsageError(f"another neighbpf process (pid {holder}) already writes the maps at "
                                  f"{self.pin_dir}; stop it first or choose another --pin-dir") from None
             # The previous holder may have removed the file between our open
-            # and flock; a lock on that orphan inode would exclude nobody.
+            # and flock. A lock on that removed inode excludes no other writer.
             try:
                 if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
                     break

@@ -54,10 +54,10 @@ IP_RECVTTL = 12
 IP_TTL = 2
 SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>
 # Receive buffer requested for the server's socket, which the kernel
-# doubles. UDP charges each datagram's skb truesize: on Linux 6.1, a frame
-# that passed native XDP on a veth owns a whole page
-# (veth_convert_skb_to_xdp_buff() in drivers/net/veth.c), 4352 bytes, so
-# the buffer has room for about 1,900 datagrams while the reader thread lags.
+# doubles. UDP charges each datagram's skb truesize. On Linux 6.1 a frame
+# that passed native XDP on a veth owns a whole page of 4352 bytes
+# (veth_convert_skb_to_xdp_buff() in drivers/net/veth.c). So the buffer
+# has room for about 1,900 datagrams while the reader thread lags.
 RECEIVER_RCVBUF_BYTES = 4 * 1024 * 1024
 
 
