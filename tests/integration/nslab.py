@@ -84,6 +84,13 @@ def read_snmp(netns_name, group="Ip"):
     return dict(zip(header, (int(v) for v in values)))
 
 
+# Addresses of the topology that NetnsLab.add_routed() builds.
+ROUTED_CLIENT_ADDR = "198.18.1.2"
+ROUTED_ROUTER_CLIENT_SIDE = "198.18.1.1"
+ROUTED_ROUTER_SERVER_SIDE = "198.18.2.1"
+ROUTED_SERVER_ADDR = "198.18.2.2"
+
+
 class NetnsLab:
     """Namespaces, links and pin directories of one test, removed by ``teardown()``."""
 
@@ -114,6 +121,28 @@ class NetnsLab:
         if not key.startswith("net."):
             raise ValueError(f"sysctl {key} is not per network namespace; the lab changes only net.* keys")
         run("sysctl", "-qw", f"{key}={value}", netns_name=netns_name)
+
+    def add_routed(self, server_addrs=(ROUTED_SERVER_ADDR,)):
+        """Build client (c0) -- (r0) router (r1) -- (s0) server with IPv4 forwarding on the router.
+
+        The client is ``ROUTED_CLIENT_ADDR``, the server owns ``server_addrs``,
+        and each host routes through the router. Returns the namespace names
+        as ``(client, router, server)``.
+        """
+        client = self.add_netns("c")
+        router = self.add_netns("r")
+        server = self.add_netns("s")
+        self.add_veth(client, "c0", router, "r0")
+        self.add_veth(router, "r1", server, "s0")
+        self.add_addr(client, "c0", f"{ROUTED_CLIENT_ADDR}/24")
+        self.add_addr(router, "r0", f"{ROUTED_ROUTER_CLIENT_SIDE}/24")
+        self.add_addr(router, "r1", f"{ROUTED_ROUTER_SERVER_SIDE}/24")
+        for address in server_addrs:
+            self.add_addr(server, "s0", f"{address}/24")
+        ip("route", "add", "default", "via", ROUTED_ROUTER_CLIENT_SIDE, netns_name=client)
+        ip("route", "add", "default", "via", ROUTED_ROUTER_SERVER_SIDE, netns_name=server)
+        self.sysctl(router, "net.ipv4.ip_forward", 1)
+        return client, router, server
 
     def ethtool(self, netns_name, *args):
         """Run ``ethtool ARGS`` inside ``netns_name``."""

@@ -40,7 +40,7 @@ from neighbpf.mirror import Mirror
 from neighbpf.table import UPSERT, NeighborTable
 from neighbpf.table import decide as table_decide
 from neighbpf.xdp import ForwardStage
-from nslab import call_in_netns, ip
+from nslab import ROUTED_CLIENT_ADDR, ROUTED_SERVER_ADDR, call_in_netns, ip
 
 NETLINK_GET_STRICT_CHK = 12
 
@@ -539,10 +539,8 @@ def test_restart_after_sigkill_repairs(host_peer, daemons):
     assert map_lladdrs(pin_dir) == expected_entries(host)
 
 
-CLIENT_ADDR = "198.18.1.2"
-ROUTER_CLIENT_SIDE = "198.18.1.1"
-ROUTER_SERVER_SIDE = "198.18.2.1"
-SERVER_ADDR = "198.18.2.2"
+CLIENT_ADDR = ROUTED_CLIENT_ADDR
+SERVER_ADDR = ROUTED_SERVER_ADDR
 UDP_PORT = 40000
 PACKETS = 50
 # <linux/in.h>: IP_RECVTTL enables an IP_TTL control message on receive.
@@ -552,18 +550,7 @@ IP_RECVTTL = 12
 @pytest.fixture
 def routed(netns_lab):
     """client (c0) -- (r0) router (r1) -- (s0) server; the router forwards and has resolved both hosts."""
-    client = netns_lab.add_netns("c")
-    router = netns_lab.add_netns("r")
-    server = netns_lab.add_netns("s")
-    netns_lab.add_veth(client, "c0", router, "r0")
-    netns_lab.add_veth(router, "r1", server, "s0")
-    netns_lab.add_addr(client, "c0", f"{CLIENT_ADDR}/24")
-    netns_lab.add_addr(router, "r0", f"{ROUTER_CLIENT_SIDE}/24")
-    netns_lab.add_addr(router, "r1", f"{ROUTER_SERVER_SIDE}/24")
-    netns_lab.add_addr(server, "s0", f"{SERVER_ADDR}/24")
-    ip("route", "add", "default", "via", ROUTER_CLIENT_SIDE, netns_name=client)
-    ip("route", "add", "default", "via", ROUTER_SERVER_SIDE, netns_name=server)
-    netns_lab.sysctl(router, "net.ipv4.ip_forward", 1)
+    client, router, server = netns_lab.add_routed()
     learn_by_ping(router, [CLIENT_ADDR, SERVER_ADDR])
     return {"client": client, "router": router, "server": server, "pin_dir": netns_lab.add_pin_dir()}
 

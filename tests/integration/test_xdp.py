@@ -21,14 +21,13 @@ from neighbpf import netns, xdp
 from neighbpf.bpfmap import PinnedMaps
 from neighbpf.errors import UsageError
 from neighbpf.xdp import ForwardStage
-from nslab import call_in_netns, ip_json, netns_lab, pin_dir, read_snmp, run  # noqa: F401 (fixtures)
+from nslab import (ROUTED_CLIENT_ADDR, ROUTED_SERVER_ADDR, call_in_netns, ip_json, netns_lab,  # noqa: F401 (fixtures)
+                   pin_dir, read_snmp, run)
 
 pytestmark = pytest.mark.integration
 
-CLIENT_ADDR = "198.18.1.2"
-ROUTER_CLIENT_SIDE = "198.18.1.1"
-ROUTER_SERVER_SIDE = "198.18.2.1"
-SERVER_ADDR = "198.18.2.2"
+CLIENT_ADDR = ROUTED_CLIENT_ADDR
+SERVER_ADDR = ROUTED_SERVER_ADDR
 SERVER_ADDR_MISS = "198.18.2.3"
 PORT = 40000
 SEND_TTL = 64
@@ -59,19 +58,7 @@ def mac_bytes(text):
 @pytest.fixture
 def topology(netns_lab):
     """Build client -- router -- server and return their namespace names."""
-    client = netns_lab.add_netns("c")
-    router = netns_lab.add_netns("r")
-    server = netns_lab.add_netns("s")
-    netns_lab.add_veth(client, "c0", router, "r0")
-    netns_lab.add_veth(router, "r1", server, "s0")
-    netns_lab.add_addr(client, "c0", f"{CLIENT_ADDR}/24")
-    netns_lab.add_addr(router, "r0", f"{ROUTER_CLIENT_SIDE}/24")
-    netns_lab.add_addr(router, "r1", f"{ROUTER_SERVER_SIDE}/24")
-    netns_lab.add_addr(server, "s0", f"{SERVER_ADDR}/24")
-    netns_lab.add_addr(server, "s0", f"{SERVER_ADDR_MISS}/24")
-    run("ip", "route", "add", "default", "via", ROUTER_CLIENT_SIDE, netns_name=client)
-    run("ip", "route", "add", "default", "via", ROUTER_SERVER_SIDE, netns_name=server)
-    netns_lab.sysctl(router, "net.ipv4.ip_forward", 1)
+    client, router, server = netns_lab.add_routed(server_addrs=(SERVER_ADDR, SERVER_ADDR_MISS))
 
     # Real ARP: the router resolves both hosts, the hosts resolve the router.
     for address in (CLIENT_ADDR, SERVER_ADDR):
